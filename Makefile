@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= cpu
 RUN_DIR ?= $(CURDIR)/runs/$(PRESET)
+# OpenMP threads that spin while waiting make parallel torch processes (nbdev_test's workers) 20x slower on 2 cores
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup train test check-sync nbtest pytest export clean-nbs lab docs clean
 
