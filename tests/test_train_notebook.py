@@ -13,20 +13,20 @@ def run_train(tmp_path, **params):
                                progress_bar=False)
 
 def test_tiny_run_writes_its_outputs(tmp_path):
-    run_train(tmp_path, preset='tiny', seed=3)
+    run_train(tmp_path, preset='tiny', seed=3, steps=1)
     run = tmp_path / 'run'
-    assert sorted(p.name for p in run.iterdir()) == ['cameras_summary.csv', 'config.json', 'spin_rays.png', 'trajectories.html']
-    assert json.loads((run / 'config.json').read_text()) == dict(preset='tiny', seed=3, frames=5, size=32)
-    summary = pd.read_csv(run / 'cameras_summary.csv')
-    assert len(summary) == 5
-    # 5 frames -> 2 latent frames; 32 px -> 4 latent px; 6 * 4 * 8 * 8 channels
-    assert set(summary.latent_rays) == {'(1536, 2, 4, 4)'}
-    spin = summary.set_index('trajectory').loc['spin']
-    assert 0.25 <= spin.distance_min_m <= spin.distance_max_m <= 0.40
-    assert not list(run.glob('*.tmp'))
+    assert {'config.json', 'data', 'vae', 'expression', 'checkpoints', 'samples', 'log.csv', 'validation.csv', 'times.json'} <= {p.name for p in run.iterdir()}
+    cfg = json.loads((run / 'config.json').read_text())
+    assert cfg['preset'] == 'tiny' and cfg['seed'] == 3 and [s['steps'] for s in cfg['stages']] == [1, 1, 1, 1]
+    log = pd.read_csv(run / 'log.csv')
+    assert list(log.stage) == [1, 2, 3, 4] and log.loss.notna().all()
+    assert sorted(p.name for p in (run / 'samples').iterdir()) == [f'stage{k}.mp4' for k in (1, 2, 3, 4)]
+    val = pd.read_csv(run / 'validation.csv')
+    assert set(val.stage) == {1, 2, 3, 4} and val.psnr.between(0, 100).all()
+    assert not list(run.rglob('*.tmp')) and not list(run.rglob('.tmp_*'))
 
 def test_unknown_preset_fails_with_a_clear_error(tmp_path):
-    with pytest.raises(pm.PapermillExecutionError, match=r"preset: expected one of \['cpu', 'gpu', 'tiny'\], got 'huge'"):
+    with pytest.raises(pm.PapermillExecutionError, match=r"preset: expected one of \['tiny', 'cpu', 'gpu'\], got 'huge'"):
         run_train(tmp_path, preset='huge')
 
 def test_parameters_cell_is_tagged_and_defaults_to_tiny():
