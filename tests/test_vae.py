@@ -158,15 +158,15 @@ def test_decode_raw_is_decode_before_the_clamp():
 
 
 def test_training_improves_reconstructions_of_held_out_identities(tiny, tmp_path):
-    "Train the tiny VAE for a few steps; its reconstruction error on test identities must fall well below the untrained model's."
+    "Train the tiny VAE for 150 steps (16x16 frames, seconds); its reconstruction error on test identities must fall well below the untrained model's."
     held_out = PortraitClips(tiny, n_frames=5, split='test', reference='first', image_size=SIZE)
     untrained = make_vae('tiny', seed=0)
     before = reconstruction_l1(untrained, held_out, n=3)
     vae = make_vae('tiny', seed=0)
-    history = train_vae(vae, tiny, steps=25, batch_size=2, lr=3e-3, n_frames=5, image_size=SIZE, seed=0, out_dir=tmp_path / 'run', progress=False)
+    history = train_vae(vae, tiny, steps=150, batch_size=2, lr=3e-3, n_frames=5, image_size=SIZE, seed=0, out_dir=tmp_path / 'run', progress=False)
     after = reconstruction_l1(vae, held_out, n=3)
     assert after < 0.75 * before, (before, after)
-    assert history.rec.iloc[-5:].mean() < 0.75 * history.rec.iloc[:5].mean()
+    assert history.rec.iloc[-10:].mean() < 0.75 * history.rec.iloc[:10].mean(), history.rec.iloc[::10].tolist()
     trained = load_vae(tmp_path / 'run')                                                # the run folder loads its final model
     assert same_weights(trained, vae) and not torch.equal(trained.latents_std, torch.ones(16))
     frames = evaluate_reconstruction(trained, tiny, n_clips=2, image_size=SIZE)
