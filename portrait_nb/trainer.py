@@ -60,6 +60,7 @@ class TrainConfig:
     dit_preset: str = 'tiny'
     vae: str = 'tiny'                  # a VAE preset (trained by this run for `vae_steps`) or a trained VAE folder
     vae_steps: int = 20
+    vae_frames: int = 9                # clip length the VAE trains on: the longest stage's, or frames beyond it reconstruct badly
     expression: str = 'tiny'           # an expression-encoder preset (trained for `expression_steps`) or a trained folder
     expression_steps: int = 20
     expression_pool: int | None = 32   # training expressions rendered for the encoder (None: its preset's)
@@ -80,10 +81,10 @@ class TrainConfig:
 # %% ../nbs/10_trainer.ipynb #193f7039
 PRESETS = {
     'tiny': TrainConfig(stages=paper_stages((5, 5, 9, 9), (4, 4, 4, 4), 1e-3, 2), vae_steps=10, expression_steps=20),
-    'cpu': TrainConfig(preset='cpu', data_preset='cpu', image_size=64, dit_preset='cpu', vae='cpu', vae_steps=600, expression='cpu',
+    'cpu': TrainConfig(preset='cpu', data_preset='cpu', image_size=64, dit_preset='cpu', vae='cpu', vae_steps=600, vae_frames=17, expression='cpu',
                        expression_steps=600, expression_pool=None, stages=paper_stages((5, 9, 13, 17), (300, 300, 300, 300), 3e-4, 4), warmup=50,
                        ema_decay=0.995, workers=1, ckpt_every=100, sample_steps=20, n_val=4),
-    'gpu': TrainConfig(preset='gpu', data_preset='gpu', image_size=256, dit_preset='gpu', vae='cpu', vae_steps=20000, expression='gpu',
+    'gpu': TrainConfig(preset='gpu', data_preset='gpu', image_size=256, dit_preset='gpu', vae='cpu', vae_steps=20000, vae_frames=17, expression='gpu',
                        expression_steps=20000, expression_pool=None, stages=paper_stages((13, 25, 49, 81), (20000, 10000, 10000, 10000), 1e-4, 8),
                        warmup=500, ema_decay=0.9999, mixed_precision='bf16', workers=8, ckpt_every=1000, sample_steps=50, n_val=8),
 }
@@ -325,7 +326,8 @@ def ensure_vae(cfg: TrainConfig, run_dir, data_root):
     if cfg.vae not in VAE_PRESETS: return load_vae(cfg.vae).eval().requires_grad_(False)
     folder = Path(run_dir) / 'vae'                                                     # train_vae puts the final model in folder/vae
     if not (folder / 'vae' / 'config.json').is_file():
-        train_vae(make_vae(cfg.vae, cfg.seed), data_root, steps=cfg.vae_steps, image_size=cfg.image_size, seed=cfg.seed, out_dir=folder, progress=False)
+        train_vae(make_vae(cfg.vae, cfg.seed), data_root, steps=cfg.vae_steps, n_frames=cfg.vae_frames, image_size=cfg.image_size,
+                  seed=cfg.seed, out_dir=folder, progress=False)
     return load_vae(folder).eval().requires_grad_(False)
 
 # %% ../nbs/10_trainer.ipynb #8a28998e
