@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from .cameras import intrinsics_from_fov, look_at, orbit_position, project_points
 from .head import LANDMARK_GROUPS, N_LANDMARKS, HeadModel, make_pose
 from .render import RenderSettings, render
@@ -436,15 +437,16 @@ def colour_jitter(x: torch.Tensor, amount: tuple, g: torch.Generator) -> torch.T
     return y.clamp(-1, 1)
 
 # %% ../nbs/07_expression.ipynb #535aa658
-def fit(ecfg: EncoderConfig, cfg: TrainConfig, pool: dict, seed: int = 0, log_every: int = 0):
+def fit(ecfg: EncoderConfig, cfg: TrainConfig, pool: dict, seed: int = 0, log_every: int = 0, progress: bool = False):
     "Train an encoder and its linear read-out on a training pool: `(encoder, regressor, history DataFrame)`, both frozen."
+    if cfg.steps < 2: raise ValueError(f"steps: expected at least 2 (one-cycle schedule), got {cfg.steps}")
     g, enc = torch.Generator().manual_seed(seed), build_encoder(ecfg, seed).train()
     Y = pool_targets(pool); reg = nn.Linear(ecfg.dim, Y.shape[1])
     with torch.no_grad(): reg.weight.zero_(); reg.bias.copy_(Y.mean(0))               # starts at the training mean
     opt = torch.optim.AdamW([*enc.parameters(), *reg.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=max(0.1, 1.5 / cfg.steps))   # a warm-up of >1 step
     hist, t0 = [], time.time()
-    for step in range(cfg.steps):
+    for step in tqdm(range(cfg.steps), desc='expression encoder', disable=not progress, dynamic_ncols=True):
         idx, jit = sample_batch(pool, cfg, g)
         z = enc(colour_jitter(pool_crops(pool, idx, ecfg.crop_size, jit), cfg.colour, g))      # (B, dim)
         l_reg = F.mse_loss(reg(z), Y[idx])

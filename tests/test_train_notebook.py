@@ -1,6 +1,7 @@
 """`nbs/train.ipynb` through papermill, as `make train` and users run it."""
 import json
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
@@ -15,7 +16,13 @@ def run_train(tmp_path, **params):
 def test_tiny_run_writes_its_outputs(tmp_path):
     run_train(tmp_path, preset='tiny', seed=3, steps=1)
     run = tmp_path / 'run'
-    assert {'config.json', 'data', 'vae', 'expression', 'checkpoints', 'samples', 'log.csv', 'validation.csv', 'times.json'} <= {p.name for p in run.iterdir()}
+    assert {'config.json', 'data', 'vae', 'expression', 'checkpoints', 'samples', 'log.csv', 'validation.csv', 'times.json',
+            'throughput.csv', 'tb'} <= {p.name for p in run.iterdir()}
+    assert list(run.joinpath('tb').glob('events.out.tfevents.*'))                # TensorBoard (installed by the dev extra)
+    tp = pd.read_csv(run / 'throughput.csv')
+    assert list(tp.stage) == [1, 2, 3, 4] and (tp.samples_per_s > 0).all()
+    # tiny: 32 px, 2x2 patches of the 4x4 latent grid; 5 frames -> 2 latent frames, 9 -> 3, plus the reference frame
+    assert np.allclose(tp.tokens_per_s / tp.samples_per_s, [12, 12, 16, 16])
     cfg = json.loads((run / 'config.json').read_text())
     assert cfg['preset'] == 'tiny' and cfg['seed'] == 3 and [s['steps'] for s in cfg['stages']] == [1, 1, 1, 1]
     log = pd.read_csv(run / 'log.csv')
