@@ -485,7 +485,8 @@ def train_eval_net(kind: str, data: dict, preset: str = 'tiny', seed: int = 0, s
     net, extra, tcfg, idx, y = _setup(kind, data, preset, seed, name, **({} if steps is None else dict(steps=int(steps))))
     params = [*net.parameters(), *(extra.parameters() if extra is not None else [])]
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tcfg.lr, total_steps=tcfg.steps, pct_start=0.1)
+    if tcfg.steps < 2: raise ValueError(f"steps: expected at least 2 (one-cycle schedule), got {tcfg.steps}")
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tcfg.lr, total_steps=tcfg.steps, pct_start=max(0.1, 1.5 / tcfg.steps))   # warm-up > 1 step
     g, hist, t0, face = torch.Generator().manual_seed(seed), [], time.time(), kind in ('identity', 'expression_pose')
     for step in tqdm(range(tcfg.steps), desc=net.name, disable=not progress):
         k = torch.randint(len(idx), (tcfg.batch,), generator=g)

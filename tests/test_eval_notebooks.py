@@ -1,9 +1,11 @@
 """`nbs/evaluate.ipynb` and `nbs/ablations.ipynb` through papermill, as users run them (tiny presets)."""
 import json
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
+from portrait_nb.trainer import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,7 @@ def test_evaluate_notebook_writes_the_tables(tmp_path):
     psnr = table[(table.metric == 'psnr') & (table['mode'] == 'self')].groupby('method').value.mean()
     assert psnr['3DMM re-render'] > psnr['full (run)'] and psnr['reference copy'] > psnr['full (run)']   # an untrained model is worse than copying
     assert table.groupby('method').config.nunique().eq(1).all() and table.config.nunique() == 3
+    assert np.isfinite(table[table.metric.isin(['psnr', 'ssim', 'csim', 'aed_videos', 'apd_videos', 'fid'])].value).all()
     md = (out / 'tab3.md').read_text()
     assert 'PSNR↑' in md and 'synthetic-arcface-tiny' in md and (out / 'tab3.tex').read_text().count('textbf') > 0
     assert (out / 'metrics.png').stat().st_size > 0 and len(list(out.glob('grid_*.png'))) == 6
@@ -42,5 +45,10 @@ def test_ablations_notebook_trains_each_switch_on_shared_data_and_encoders(tmp_p
     assert all(cfgs[ab]['vae'] == str(out / 'full' / 'vae') for ab in ('C1', 'C2', 'C3'))   # the full run's frozen encoders
     assert cfgs['C1']['stages'][2]['mixture'] == {'phone': 0.2, 'studio': 0.4, 'viewsweep': 0.4}   # no DynamicSweep (supp. Sec. 8.2)
     assert cfgs['full']['stages'][2]['mixture'].get('dynamicsweep', 0) > 0
+    models = {ab: load_run(out / ab)[0].config for ab in ('full', 'C2', 'C3')}
+    assert models['full'].use_normals and not models['C2'].use_normals                # C2: no normal maps
+    assert models['full'].expression == 'controller' and models['C3'].expression == 'landmarks'   # C3: landmarks
     table = pd.read_csv(out / 'evaluation' / 'table.csv')
-    assert {'full', 'C1', 'C2', 'C3'} <= set(table.method)
+    psnr = table[table.metric == 'psnr']
+    assert set(psnr.method) == {'full', 'C1', 'C2', 'C3', 'reference copy', '3DMM re-render'} and np.isfinite(psnr.value).all()
+    assert psnr.groupby('method').size().nunique() == 1                               # every method on every set
