@@ -276,6 +276,7 @@ def spiral_trajectory(n_frames: int, *, seed: int = 0, yaw_range_deg: float = SP
 # %% ../nbs/00_cameras.ipynb #70a5ec40
 TRAJECTORIES = dict(static=static_trajectory, novel=static_trajectory, spin=spin_trajectory, spiral=spiral_trajectory)
 _ALIASES = dict(yaw='yaw_deg', elevation='elevation_deg', pitch='elevation_deg', fov='fov_deg')
+_INT_OPTIONS = ('seed', 'n_seeds')      # options that are whole numbers; the others are floats
 
 def make_trajectory(spec: str, n_frames: int, **kwargs) -> Trajectory:
     "Build a trajectory from a spec such as `'spin'`, `'novel:yaw=30,elevation=5'` or `'static:jitter=1'`."
@@ -285,7 +286,9 @@ def make_trajectory(spec: str, n_frames: int, **kwargs) -> Trajectory:
     for item in filter(None, opts.split(',')):
         key, eq, value = item.partition('=')
         if not eq: raise ValueError(f"trajectory {spec!r}: expected options as key=value, got {item!r}")
-        kwargs[_ALIASES.get(key.strip(), key.strip())] = float(value)
+        key = _ALIASES.get(key.strip(), key.strip())
+        try: kwargs[key] = int(value) if key in _INT_OPTIONS else float(value)
+        except ValueError: raise ValueError(f"trajectory {spec!r}: option {key!r} expects a {'whole ' if key in _INT_OPTIONS else ''}number, got {value!r}") from None
     if 'jitter' in kwargs: kwargs['jitter'] = bool(kwargs['jitter'])
     return TRAJECTORIES[name](n_frames, **kwargs)
 
