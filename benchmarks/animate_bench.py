@@ -45,12 +45,11 @@ def timed(totals: dict, key: str, module, name: str):
     finally: setattr(module, name, fn)
 
 
-def cpu_world() -> tuple[A.Animator, Path, str]:
+def cpu_world(run: Path) -> tuple[A.Animator, Path, str]:
     "The trained cpu run and its test clips, or random-weight cpu architectures on a generated 64-px dataset."
-    run = ROOT / 'runs' / 'cpu'
     if (run / 'config.json').is_file():
-        try: return A.load_animator(run), run / 'data' / 'clips', 'trained (runs/cpu)'
-        except (FileNotFoundError, ValueError) as e: print(f'runs/cpu not usable ({e}); random weights instead')
+        try: return A.load_animator(run), run / 'data' / 'clips', f'trained ({run.name})'
+        except (FileNotFoundError, ValueError) as e: print(f'{run} not usable ({e}); random weights instead')
     from portrait_nb.dit import FactorDiT, dit_config
     from portrait_nb.expression import ENCODER_PRESETS, build_encoder
     from portrait_nb.synth import generate_dataset
@@ -61,8 +60,8 @@ def cpu_world() -> tuple[A.Animator, Path, str]:
     return A.Animator(FactorDiT(dit_config('cpu')).eval(), enc, make_config('cpu'), A.HeadModel()), root / 'clips', 'random'
 
 
-def cpu_rows(steps_list, frames_list) -> list[dict]:
-    anim, clips, weights = cpu_world()
+def cpu_rows(steps_list, frames_list, run: Path) -> list[dict]:
+    anim, clips, weights = cpu_world(run)
     ref, drv = clips / 'phone_test_000000', clips / 'phone_test_000001'
     A.animate(ref, drv, 'spin', anim, n_frames=9, steps=1, progress=False)            # warm-up
     rows = []
@@ -117,13 +116,14 @@ def gpu_rows(steps: int, frames: int, size: tuple, device) -> list[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cpu')
+    p.add_argument('--run', default=str(ROOT / 'runs' / 'cpu'), help='CPU: a trained cpu run (random weights when it is missing)')
     p.add_argument('--steps', type=int, nargs='+', default=None, help='CPU: 20 50; GPU: 50')
     p.add_argument('--frames', type=int, nargs='+', default=None, help='CPU: 17 33; GPU: 81')
     p.add_argument('--size', type=int, nargs=2, default=(480, 832), help='GPU frame size H W')
     p.add_argument('--out', default=str(ROOT / 'results' / 'animate_bench.csv'))
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    if a.device == 'cpu': rows = cpu_rows(a.steps or [20, 50], a.frames or [17, 33])
+    if a.device == 'cpu': rows = cpu_rows(a.steps or [20, 50], a.frames or [17, 33], Path(a.run))
     else: rows = gpu_rows((a.steps or [50])[0], (a.frames or [81])[0], tuple(a.size), torch.device(a.device))
     df = pd.DataFrame(rows)
     df['machine'] = f'{platform.node()} ({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads)'

@@ -10,11 +10,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_animate_bench_writes_its_table(tmp_path):
     out = tmp_path / 'animate_bench.csv'
-    r = subprocess.run([sys.executable, 'benchmarks/animate_bench.py', '--steps', '2', '--frames', '9', '21', '--out', str(out)],
+    r = subprocess.run([sys.executable, 'benchmarks/animate_bench.py', '--steps', '2', '--frames', '9', '21', '--out', str(out),
+                        '--run', str(tmp_path / 'no_run')],                                 # random weights: what a fresh clone has
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(out)
-    assert list(df.frames) == [9, 21] and list(df.windows) == [1, 2] and (df.s_per_frame > 0).all()
+    assert list(df.frames) == [9, 21] and list(df.windows) == [1, 2] and (df.s_per_frame > 0).all() and (df.weights == 'random').all()
     assert (df.inputs_s + df.conditions_s + df.decode_s + df.sample_s - df.seconds).abs().max() < 1e-6
 
 
