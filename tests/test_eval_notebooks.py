@@ -50,5 +50,7 @@ def test_ablations_notebook_trains_each_switch_on_shared_data_and_encoders(tmp_p
     assert models['full'].expression == 'controller' and models['C3'].expression == 'landmarks'   # C3: landmarks
     table = pd.read_csv(out / 'evaluation' / 'table.csv')
     psnr = table[table.metric == 'psnr']
-    assert set(psnr.method) == {'full', 'C1', 'C2', 'C3', 'reference copy', '3DMM re-render'} and np.isfinite(psnr.value).all()
+    assert set(psnr.method) == {'full', 'C1', 'C2', 'C3', 'C3 + FLT', 'reference copy', '3DMM re-render'} and np.isfinite(psnr.value).all()
     assert psnr.groupby('method').size().nunique() == 1                               # every method on every set
+    both = psnr[psnr.method.isin(['C3', 'C3 + FLT']) & (psnr['mode'] == 'self')].pivot_table(index='regime', columns='method', values='value')
+    assert np.allclose(both['C3'], both['C3 + FLT'])                                 # self-reenactment: FLT's landmarks are the driver's own
