@@ -270,10 +270,11 @@ def runs_dir() -> Path:
     import portrait_nb
     return Path(os.environ.get('PORTRAIT_NB_RUNS', Path(portrait_nb.__file__).resolve().parents[1] / 'runs'))
 
-def register_checkpoint(name: str, folder) -> Path:
-    "Make `load_expression_encoder(name)` load the checkpoint in `folder`."
-    CHECKPOINTS[name] = str(Path(folder).resolve())
-    return Path(CHECKPOINTS[name])
+def register_checkpoint(name: str, folder, registry: dict | None = None) -> Path:
+    "Make `load_expression_encoder(name)` (or the loader of another `registry`, a dict name -> folder) load the checkpoint in `folder`."
+    registry = CHECKPOINTS if registry is None else registry
+    registry[name] = str(Path(folder).resolve())
+    return Path(registry[name])
 
 def checkpoint_folder(name: str) -> Path:
     "The folder of a registered checkpoint name."

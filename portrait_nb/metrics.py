@@ -19,7 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm.auto import tqdm
 from .data import REGIMES, load_meta, read_frames, read_index
 from .expression import (NORMALIZATIONS, ResBlock, _atomic, _load_program, _state, check_images, colour_jitter,
-                                    crop_faces, crop_frame, freeze, runs_dir)
+                                    crop_faces, crop_frame, freeze, register_checkpoint, runs_dir)
 from .fitting import so3_exp, so3_log
 from .head import POSE_SLICES
 
@@ -700,9 +700,8 @@ def save_eval_net(folder, net: EvalNet, **info) -> Path:
     return folder
 
 def register_eval_net(name: str, folder) -> Path:
-    "Make `load_eval_net(name)` load the checkpoint in `folder`."
-    EVAL_CHECKPOINTS[name] = str(Path(folder).resolve())
-    return Path(EVAL_CHECKPOINTS[name])
+    "Make `load_eval_net(name)` load the checkpoint in `folder` (the expression encoders' registry mechanism, on `EVAL_CHECKPOINTS`)."
+    return register_checkpoint(name, folder, EVAL_CHECKPOINTS)
 
 # %% ../nbs/11_metrics.ipynb #d5f94576
 def _config(d: dict) -> EvalNetConfig:
