@@ -307,6 +307,8 @@ def load_animator(run_dir, stage: int | None = None, device='cpu') -> Animator:
     if not run_dir.is_dir(): raise FileNotFoundError(f"model: {run_dir} not found (a training run folder, e.g. runs/cpu from `make train`)")
     try: model, enc, cfg = load_run(run_dir, stage, device=device)
     except (FileNotFoundError, ValueError) as e: raise type(e)(f"model: {e}") from None
+    if model.config.guidance: raise ValueError(f"model: {run_dir} is the MagicPortrait-style baseline (ablation {cfg.ablation!r}), an evaluation baseline; "
+                                               "animate drives FactorPortrait runs (normal maps, camera rays, expression codes)")
     return Animator(model, enc, cfg, HeadModel(resolution=_head_resolution(run_dir, cfg)), run_dir)
 
 # %% ../nbs/13_animate.ipynb #326722b1

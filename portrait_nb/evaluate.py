@@ -21,9 +21,9 @@ from .render import render
 
 # %% auto #0
 __all__ = ['MODES', 'CROSS_REGIMES', 'PER_CLIP', 'BETTER', 'LABELS', 'TAB3_METRICS', 'eval_clips', 'fit_alignment',
-           'aligned_normals', 'eval_batch', 'Method', 'config_hash', 'ReferenceCopy', 'remove_head', 'Rerender3DMM',
-           'DiffusionModel', 'ground_truth', 'evaluate', 'tab3', 'tab3_markdown', 'tab3_latex', 'save_figure',
-           'metric_bars', 'method_grid']
+           'aligned_normals', 'aligned_guidance', 'eval_batch', 'Method', 'config_hash', 'ReferenceCopy', 'remove_head',
+           'Rerender3DMM', 'DiffusionModel', 'ground_truth', 'evaluate', 'tab3', 'tab3_markdown', 'tab3_latex',
+           'save_figure', 'metric_bars', 'method_grid']
 
 # %% ../nbs/12_evaluate.ipynb #9adcbe34
 MODES = ('self', 'cross')
@@ -63,28 +63,40 @@ def aligned_normals(head: HeadModel, fit, K, image_size) -> torch.Tensor:
     maps = align_sequence(head, fit.ref_params, fit.params, CAMERA_FRONT, K, image_size, modes=('normal',))
     return maps['normal'].transpose(0, 1).clamp(-1, 1)
 
+def aligned_guidance(head: HeadModel, fit, K, image_size) -> dict:
+    "MagicPortrait's guidance maps `{depth, normal, render}` `(C, T, H, W)` of an alignment `fit`, drawn as `portrait_nb.trainer.render_guidance` draws them."
+    from portrait_nb.trainer import guidance_from_maps
+    maps = align_sequence(head, fit.ref_params, fit.params, CAMERA_FRONT, K, image_size, modes=('depth', 'normal', 'rgb'))
+    return {k: v.transpose(0, 1) for k, v in guidance_from_maps(maps).items()}
+
 # %% ../nbs/12_evaluate.ipynb #a1bd0478
 def _targets(s: dict) -> dict:
     "The ground-truth keys of a sample (what the target video shows)."
     return dict(target=s['video'], target_landmarks=s['landmarks'], target_visible=s['landmarks_visible'], target_expression=s['expression'],
                 target_pose=s['pose'], reference_landmarks=s['landmarks'][0])
 
-def eval_batch(data_root, mode: str, clip_ids, image_size=None, head: HeadModel | None = None) -> dict:
-    "Whole evaluation clips as one batch: the conditions (`video`: driving frames, `reference`, `normals`, `rays`, `landmarks`) and the `target_*` truth."
+def _self_guidance(head: HeadModel, s: dict) -> dict:
+    "A test clip's guidance maps, from its own FLAME parameters and cameras (as its normal maps are drawn)."
+    from portrait_nb.trainer import render_guidance
+    return render_guidance(head, {k: s[k] for k in ('shape', 'expression', 'pose', 'translation')}, s['c2w'], s['K'], tuple(s['video'].shape[-2:]))
+
+def eval_batch(data_root, mode: str, clip_ids, image_size=None, head: HeadModel | None = None, guidance: bool = False) -> dict:
+    "Whole evaluation clips as one batch: the conditions (`video`: driving frames, `reference`, `normals`, `rays`, `landmarks`; with `guidance`, MagicPortrait's maps) and the `target_*` truth."
     if mode not in MODES: raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     index = read_index(data_root)
     T = _clip_frames(index[index.split.isin(['test', 'cross'])])
+    head = head or HeadModel(resolution=json.loads((Path(data_root) / 'config.json').read_text())['config']['head_resolution'])
     if mode == 'self':
-        out = [dict(s, **_targets(s), flt_landmarks=s['landmarks']) for s in _samples(_whole(data_root, 'test', T, image_size), clip_ids)]
+        out = [dict(s, **_targets(s), flt_landmarks=s['landmarks'], **(dict(guidance=_self_guidance(head, s)) if guidance else {}))
+               for s in _samples(_whole(data_root, 'test', T, image_size), clip_ids)]
         return dict(default_collate(out), driver=list(clip_ids))
     drivers = index.set_index('clip_id').loc[list(clip_ids), 'driver_clip'].tolist()
     cross, drv = _samples(_whole(data_root, 'cross', T, image_size), clip_ids), _samples(_whole(data_root, 'test', T, image_size), drivers)
-    head = head or HeadModel(resolution=json.loads((Path(data_root) / 'config.json').read_text())['config']['head_resolution'])
     out = []
     for c, d in zip(cross, drv):
-        fit = fit_alignment(head, c['landmarks'][0], c['reference_K'], d['landmarks'], d['K'])
+        fit, size = fit_alignment(head, c['landmarks'][0], c['reference_K'], d['landmarks'], d['K']), tuple(c['video'].shape[-2:])
         out.append(dict(c, **_targets(c), video=d['video'], landmarks=d['landmarks'], flt_landmarks=fit.landmarks,
-                        normals=aligned_normals(head, fit, d['K'], tuple(c['video'].shape[-2:]))))
+                        normals=aligned_normals(head, fit, d['K'], size), **(dict(guidance=aligned_guidance(head, fit, d['K'], size)) if guidance else {})))
     return dict(default_collate(out), driver=drivers)
 
 # %% ../nbs/12_evaluate.ipynb #c4270e90
@@ -144,6 +156,7 @@ class DiffusionModel(Method):
         self.device = device
         self.run_dir, self.steps, self.seed, self.guidance, self.stage, self.landmarks = Path(run_dir), steps, seed, guidance, stage, landmarks
         self.name = name or f"{self.cfg.ablation} ({self.run_dir.name})"
+        self.needs_guidance = bool(self.model.config.guidance)                          # a MagicPortrait-style run reads guidance maps
     def config(self):
         from portrait_nb.trainer import config_dict
         return dict(run=config_dict(self.cfg), steps=self.steps, seed=self.seed, guidance=self.guidance, stage=self.stage, landmarks=self.landmarks)
@@ -156,6 +169,8 @@ class DiffusionModel(Method):
     def __call__(self, batch):
         from portrait_nb.trainer import generate
         if self.landmarks == 'flt': batch = dict(batch, landmarks=batch['flt_landmarks'])
+        if self.needs_guidance and 'guidance' not in batch:                              # never the target's own parameters in cross-reenactment
+            raise ValueError("batch: a MagicPortrait-style model needs the aligned guidance maps: eval_batch(..., guidance=True)")
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         return generate(self.model, self.enc, batch, steps=self.steps, guidance=self.guidance, noise=self.noise(batch)).cpu()
 
@@ -185,10 +200,11 @@ def evaluate(methods: list, data_root, nets: dict, *, modes=MODES, regimes=REGIM
     "Score `methods` on the evaluation sets: `table` (tidy), `clips` (per clip), `videos` (the first `keep` of each set, for figures)."
     from portrait_nb.metrics import EVAL_KINDS, fid, fvd, video_metrics
     head = HeadModel(resolution=json.loads((Path(data_root) / 'config.json').read_text())['config']['head_resolution'])
+    guidance = any(getattr(m, 'needs_guidance', False) for m in methods)                    # draw MagicPortrait's maps only when a method reads them
     rows, clips, videos = [], [], {}
     for mode, regime, sel in (bar := tqdm(_sets(data_root, modes, regimes, n_clips), desc='evaluate', disable=not progress)):
         bar.set_postfix(set=f'{mode}/{regime}')
-        batches = [eval_batch(data_root, mode, sel.clip_id[i:i + batch_size].tolist(), image_size, head) for i in range(0, len(sel), batch_size)]
+        batches = [eval_batch(data_root, mode, sel.clip_id[i:i + batch_size].tolist(), image_size, head, guidance) for i in range(0, len(sel), batch_size)]
         gt = {k: torch.cat([ground_truth(b)[k] for b in batches]) for k in ground_truth(batches[0])}
         for m in methods:
             pred = torch.cat([m(b) for b in batches])                                        # (N, 3, T, H, W)

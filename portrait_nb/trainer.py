@@ -16,20 +16,21 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 import matplotlib.pyplot as plt
 from .cameras import n_latent_frames, pack_rays, plucker_rays
-from .data import NO_DYNAMICSWEEP_MIXTURE, REGIMES, STAGE_MIXTURES, PortraitClips, _reference, load_sample, mixture_indices, read_index
+from .data import NO_DYNAMICSWEEP_MIXTURE, REFERENCE_MODES, REGIMES, STAGE_MIXTURES, PortraitClips, _reference, load_sample, mixture_indices, read_index
 from .dit import FactorDiT, dit_config
 from .flow import flow_loss
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'PRESETS', 'CACHE_REFERENCE_STRIDE', 'CACHE_FILE', 'CACHE_VERSION', 'CKPT_FILES', 'RESUME_FREE', 'Stage',
-           'paper_stages', 'TrainConfig', 'make_config', 'load_config', 'config_dict', 'StepClips', 'StepBatches',
-           'stage_loader', 'FrozenEncoders', 'condition_batch', 'LatentCache', 'cache_fingerprint', 'encode_clips',
-           'save_cache', 'load_cache', 'ensure_cache', 'CachedClips', 'cached_sample', 'cached_conditions',
-           'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'train_step', 'StageState', 'Callback',
-           'Checkpointer', 'ProgressBar', 'CSVLogger', 'tensorboard_available', 'TensorBoardLogger', 'plot_history',
-           'in_notebook', 'LivePlot', 'train_stage', 'throughput', 'frame_scores', 'generate', 'validation_samples',
-           'ensure_data', 'ensure_vae', 'check_resume', 'default_callbacks', 'run_training', 'ensure_expression',
-           'load_run']
+__all__ = ['ABLATIONS', 'PRESETS', 'GUIDANCE_MODES', 'CACHE_REFERENCE_STRIDE', 'CACHE_FILE', 'CACHE_VERSION', 'CKPT_FILES',
+           'RESUME_FREE', 'Stage', 'paper_stages', 'TrainConfig', 'make_config', 'load_config', 'config_dict',
+           'StepClips', 'StepBatches', 'stage_loader', 'FrozenEncoders', 'condition_batch', 'guidance_from_maps',
+           'render_guidance', 'batch_guidance', 'pack_guidance', 'unpack_guidance', 'data_head', 'LatentCache',
+           'cache_fingerprint', 'encode_clips', 'save_cache', 'load_cache', 'ensure_cache', 'CachedClips',
+           'cached_sample', 'cached_conditions', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
+           'train_step', 'StageState', 'Callback', 'Checkpointer', 'ProgressBar', 'CSVLogger', 'tensorboard_available',
+           'TensorBoardLogger', 'plot_history', 'in_notebook', 'LivePlot', 'train_stage', 'throughput', 'frame_scores',
+           'generate', 'validation_samples', 'ensure_data', 'ensure_vae', 'check_resume', 'default_callbacks',
+           'run_training', 'ensure_expression', 'load_run']
 
 # %% ../nbs/10_trainer.ipynb #aa4624d2
 @dataclass
@@ -46,6 +47,7 @@ ABLATIONS = {   # FactorPortrait Tab. 2; C1's mixture from supplementary Sec. 8.
     'C1': dict(variant='full', late_mixture=NO_DYNAMICSWEEP_MIXTURE),   # no DynamicSweep in stages 3-4
     'C2': dict(variant='C2'),                                          # no normal maps
     'C3': dict(variant='C3'),                                          # landmarks instead of expression codes
+    'magicportrait': dict(variant='magicportrait'),                    # not an ablation: the MagicPortrait-style baseline (guidance maps, no rays, no codes)
 }
 
 def paper_stages(frames, steps, lr, batch_size) -> tuple[Stage, ...]:
@@ -81,8 +83,9 @@ class TrainConfig:
     p_drop_reference: float = 0.05
     ckpt_every: int = 50
     sample_steps: int = 10             # Euler steps of the validation samples
-    n_val: int = 2                     # validation clips sampled at the end of each stage
+    n_val: int = 2                     # validation clips sampled at the end of each stage (0: none)
     cache_latents: bool = False        # encode every training clip once (`LatentCache`) instead of every batch
+    reference: str = 'other_time'      # training references: another frame of the same clip (`portrait_nb.data.REFERENCE_MODES`; see below)
 
 # %% ../nbs/10_trainer.ipynb #21a5f417
 PRESETS = {
@@ -118,6 +121,8 @@ def make_config(preset: str = 'tiny', **overrides) -> TrainConfig:
     stages = [_check_stage(k, s) for k, s in enumerate(c.stages)]
     if late := ABLATIONS[c.ablation].get('late_mixture'): stages = [replace(s, mixture=dict(late)) if k >= 2 else s for k, s in enumerate(stages)]
     if c.image_size % 16: raise ValueError(f"image_size: expected a multiple of 16 (VAE stride 8, patch 2), got {c.image_size}")
+    if c.n_val < 0: raise ValueError(f"n_val: expected a number of validation clips >= 0, got {c.n_val}")
+    if c.reference not in REFERENCE_MODES: raise ValueError(f"reference: expected one of {REFERENCE_MODES}, got {c.reference!r}")
     return replace(c, stages=tuple(stages))
 
 def load_config(path) -> TrainConfig:
@@ -155,7 +160,8 @@ class StepBatches(Sampler):
 # %% ../nbs/10_trainer.ipynb #8be5d932
 def stage_loader(root, stage: Stage, k: int, cfg: TrainConfig, start: int = 0, cache=None) -> DataLoader:
     "The batches of stage `k` from step `start` on (training split, the stage's regimes, clip length and image size); from `cache` when given."
-    kw = dict(n_frames=stage.n_frames, split='train', regimes=[r for r, p in stage.mixture.items() if p > 0], image_size=cfg.image_size, seed=cfg.seed)
+    kw = dict(n_frames=stage.n_frames, split='train', regimes=[r for r, p in stage.mixture.items() if p > 0], image_size=cfg.image_size, seed=cfg.seed,
+              reference=cfg.reference)
     ds = StepClips(root, **kw) if cache is None else CachedClips(cache, root, **kw)
     return DataLoader(ds, batch_sampler=StepBatches(ds, stage.mixture, stage.batch_size, start, stage.steps, cfg.seed, k),
                       num_workers=cfg.workers, prefetch_factor=2 if cfg.workers else None)
@@ -166,9 +172,10 @@ class FrozenEncoders:
     "The frozen VAE (`encode(video) -> latents`) and expression encoder (`encode_frames(video, landmarks) -> (B, T, 128)`)."
     vae: torch.nn.Module
     expression: torch.nn.Module | None = None
+    head: torch.nn.Module | None = None        # the head model that renders MagicPortrait's guidance maps (only a `magicportrait` run has one)
     def to(self, device):
-        self.vae.to(device)
-        if self.expression is not None: self.expression.to(device)
+        for m in (self.vae, self.expression, self.head):
+            if m is not None: m.to(device)
         return self
 
 # %% ../nbs/10_trainer.ipynb #92fd548d
@@ -185,7 +192,55 @@ def condition_batch(batch: dict, enc: FrozenEncoders, dit, latents: bool = True)
     if c.use_rays: out['rays'] = pack_rays(rearrange(batch['rays'], 'b c t h w -> b t c h w'))       # (B, 1536, T', h, w)
     if c.expression == 'controller': out['expression'] = enc.expression.encode_frames(video, batch['landmarks'])   # (B, T, 128)
     if c.expression == 'landmarks': out['landmarks'] = batch['landmarks']
+    if want := getattr(c, 'guidance', ()):                                                          # MagicPortrait's maps (a stand-in config may lack the field)
+        out['guidance'] = {k: v for k, v in (batch['guidance'] if 'guidance' in batch else batch_guidance(_guidance_head(enc), batch)).items() if k in want}
     return out
+
+# %% ../nbs/10_trainer.ipynb #0c03fba3
+GUIDANCE_MODES = dict(depth='depth', normal='normal', render='rgb')   # MagicPortrait's maps and the `render` mode that draws each
+
+def guidance_from_maps(maps: dict) -> dict:
+    "MagicPortrait's maps `{depth, normal, render}`, `(T, C, H, W)` in [-1, 1], from `render`'s `mask`, `depth`, `normal` and `rgb` maps."
+    m, z = maps['mask'].bool(), maps['depth']
+    near = z.masked_fill(~m, float('inf')).amin(dim=(1, 2, 3), keepdim=True)
+    far = z.masked_fill(~m, float('-inf')).amax(dim=(1, 2, 3), keepdim=True)
+    out = dict(depth=(far - z) / (far - near).clamp_min(1e-6), normal=maps['normal'], render=maps['rgb'])   # `render`'s rgb is in [-1, 1]
+    return {k: torch.where(m, v, -1.).clamp(-1, 1) for k, v in out.items()}              # frames without a head: all -1
+
+@torch.no_grad()
+def render_guidance(head, params: dict, c2w, K, image_size) -> dict:
+    "The guidance maps `{depth (1, T, H, W), normal (3, ...), render (3, ...)}` of FLAME `params` (shape, expression, pose, translation of T frames) seen by `c2w`, `K`."
+    from portrait_nb.render import render
+    T = params['pose'].shape[0]
+    shape = params['shape'].reshape(-1, params['shape'].shape[-1])[:1].expand(T, -1)
+    verts = head(shape=shape, expression=params['expression'], pose=params['pose'], translation=params['translation']).vertices
+    maps = render(verts, head.faces, c2w, K, tuple(image_size), modes=('mask', 'depth', 'normal', 'rgb'))
+    return {k: v.transpose(0, 1) for k, v in guidance_from_maps(maps).items()}
+
+def batch_guidance(head, batch: dict) -> dict:
+    "`render_guidance` of every clip of a loader batch (its FLAME parameters and cameras): `{name: (B, C, T, H, W)}`."
+    size = tuple(batch['video'].shape[-2:])
+    maps = [render_guidance(head, {k: batch[k][b] for k in ('shape', 'expression', 'pose', 'translation')}, batch['c2w'][b], batch['K'][b], size)
+            for b in range(len(batch['video']))]
+    return {k: torch.stack([m[k] for m in maps]) for k in GUIDANCE_MODES}
+
+def _guidance_head(enc: FrozenEncoders):
+    if enc.head is None: raise ValueError("guidance: this model reads MagicPortrait's guidance maps; pass them as batch['guidance'] or give FrozenEncoders a head model")
+    return enc.head
+
+def pack_guidance(g: dict) -> torch.Tensor:
+    "Guidance maps as bytes `(B, 7, T, H, W)` uint8 (the latent cache's form); `unpack_guidance` inverts it to within 1/255."
+    return torch.cat([g[k] for k in GUIDANCE_MODES], 1).add(1).mul(127.5).round().to(torch.uint8)
+
+def unpack_guidance(x: torch.Tensor) -> dict:
+    "`{depth, normal, render}` in [-1, 1] from `pack_guidance`'s bytes."
+    return dict(zip(GUIDANCE_MODES, (x.float() / 127.5 - 1).split([1, 3, 3], 1)))
+
+def data_head(data_root):
+    "The head model of a dataset (its `config.json`'s `head_resolution`; the full FLAME layout when the dataset is not there)."
+    from portrait_nb.head import HeadModel
+    f = Path(data_root) / 'config.json' if data_root is not None else None
+    return HeadModel(resolution=json.loads(f.read_text())['config'].get('head_resolution', 'flame') if f is not None and f.is_file() else 'flame')
 
 # %% ../nbs/10_trainer.ipynb #9fdde632
 CACHE_REFERENCE_STRIDE = 4     # references are cached at frames 0, 4, 8, ... of each clip (the causal VAE's frame groups)
@@ -204,9 +259,9 @@ class LatentCache:
 
 # %% ../nbs/10_trainer.ipynb #24cff615
 def cache_fingerprint(enc: FrozenEncoders, data_root, image_size: int) -> str:
-    "A hash of what a cache depends on: the encoders' weights, the dataset (`index.csv`, `config.json`), the image size and the cache's own layout."
+    "A hash of what a cache depends on: the encoders' weights (and the head model's, with guidance maps), the dataset (`index.csv`, `config.json`), the image size and the cache's own layout."
     h = hashlib.sha1(f'{image_size} {CACHE_REFERENCE_STRIDE} {CACHE_VERSION}'.encode())
-    for m in (enc.vae, enc.expression):
+    for m in (enc.vae, enc.expression, enc.head):
         for k, v in sorted((m.state_dict() if m is not None else {}).items()):
             h.update(k.encode()); h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())   # any dtype, bf16 included
     for f in ('index.csv', 'config.json'):
@@ -222,7 +277,7 @@ def _train_length(data_root) -> int:
 
 @torch.no_grad()
 def encode_clips(enc: FrozenEncoders, data_root, image_size: int, batch_size: int = 8, workers: int = 0, progress: bool = False) -> LatentCache:
-    "Run the frozen encoders once over every training clip of `data_root`, whole, at `image_size`."
+    "Run the frozen encoders (and, with a head model, `batch_guidance`) once over every training clip of `data_root`, whole, at `image_size`."
     T = _train_length(data_root)
     ds = PortraitClips(data_root, n_frames=T, split='train', image_size=image_size, reference='first')
     ref_t, parts, ids, dev = list(range(0, T, CACHE_REFERENCE_STRIDE)), {}, [], next(enc.vae.parameters()).device
@@ -234,6 +289,7 @@ def encode_clips(enc: FrozenEncoders, data_root, image_size: int, batch_size: in
         one = enc.vae.encode(rearrange(video[:, :, ref_t], 'b c f h w -> (b f) c 1 h w'))          # each frame alone
         add('frame_latents', rearrange(one, '(b f) c 1 h w -> b f c 1 h w', b=B))
         if enc.expression is not None: add('expression', enc.expression.encode_frames(video, b['landmarks'].to(dev)))   # (B, T, 128)
+        if enc.head is not None: add('guidance', pack_guidance(batch_guidance(enc.head, {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()})))
         for k in ('c2w', 'K', 'landmarks'): add(k, b[k])
         ids += list(b['clip_id'])
     return LatentCache(ids, {k: torch.cat(v) for k, v in parts.items()}, cache_fingerprint(enc, data_root, image_size))
@@ -294,6 +350,7 @@ def cached_sample(ds: CachedClips, i: int) -> dict:
     out = dict(latents=x['latents'][p, :, :nl], normal_latents=x['normal_latents'][p, :, :nl], reference_latents=x['frame_latents'][q, t // CACHE_REFERENCE_STRIDE],
                rays=rearrange(rays, 't c h w -> c t h w'), landmarks=x['landmarks'][p, :n], clip_id=str(ds.clips.clip_id.iloc[i]), regime=str(ds.clips.regime.iloc[i]))
     if 'expression' in x: out['expression'] = x['expression'][p, :n]
+    if 'guidance' in x: out['guidance'] = x['guidance'][p, :, :n]                                            # bytes (7, T, H, W)
     return out
 
 def cached_conditions(batch: dict, dit) -> dict:
@@ -304,6 +361,9 @@ def cached_conditions(batch: dict, dit) -> dict:
     if c.use_rays: out['rays'] = pack_rays(rearrange(batch['rays'], 'b c t h w -> b t c h w'))
     if c.expression == 'controller': out['expression'] = batch['expression']
     if c.expression == 'landmarks': out['landmarks'] = batch['landmarks']
+    if getattr(c, 'guidance', ()):
+        if 'guidance' not in batch: raise ValueError("latent cache: it holds no guidance maps (built without a head model); rebuild it for this model")
+        out['guidance'] = {k: v for k, v in unpack_guidance(batch['guidance']).items() if k in c.guidance}
     return out
 
 # %% ../nbs/10_trainer.ipynb #d9ecad91
@@ -625,6 +685,7 @@ def run_training(cfg: TrainConfig, run_dir, *, stages=None, resume: bool = True,
     data_root = ensure_data(cfg, run_dir, progress); lap('data')
     enc = FrozenEncoders(ensure_vae(cfg, run_dir, data_root, progress)); lap('vae')
     enc.expression = ensure_expression(cfg, run_dir, data_root, progress); lap('expression')
+    if dit_config(cfg.dit_preset, ABLATIONS[cfg.ablation]['variant']).guidance: enc.head = data_head(data_root)   # MagicPortrait's maps
     from accelerate import Accelerator
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     enc.to(acc.device)
@@ -637,7 +698,7 @@ def run_training(cfg: TrainConfig, run_dir, *, stages=None, resume: bool = True,
                                 stop_at=stop_at[1] if stop_at and stop_at[0] == k + 1 else None)
         out['history'] += hist; lap(f'stage{k + 1}')
         if stop_at and stop_at[0] == k + 1: break
-        out['scores'].append(validation_samples(ema, enc, cfg, data_root, k, run_dir, acc.device)); lap(f'stage{k + 1}_samples')
+        if cfg.n_val: out['scores'].append(validation_samples(ema, enc, cfg, data_root, k, run_dir, acc.device)); lap(f'stage{k + 1}_samples')
     if out['history']: _write_csv(run_dir / 'throughput.csv', throughput(out['history']))
     if out['scores']: _write_csv(run_dir / 'validation.csv', pd.concat(out['scores']))
     _write_json(run_dir / 'times.json', times)
@@ -681,5 +742,6 @@ def load_run(run_dir, stage: int | None = None, ema: bool = True, device='cpu') 
     model = FactorDiT(dit_config(cfg.dit_preset, ABLATIONS[cfg.ablation]['variant']))
     try: model.load_state_dict(ck['ema' if ema else 'model'])
     except RuntimeError as e: raise ValueError(f"{ck['path']}: weights do not fit the config's model ({cfg.dit_preset}, {cfg.ablation}): {str(e)[:300]}") from None
-    enc = FrozenEncoders(ensure_vae(cfg, run_dir, None, train=False), ensure_expression(cfg, run_dir, None, train=False))
+    enc = FrozenEncoders(ensure_vae(cfg, run_dir, None, train=False), ensure_expression(cfg, run_dir, None, train=False),
+                         data_head(cfg.data_dir or run_dir / 'data') if model.config.guidance else None)
     return model.eval().requires_grad_(False).to(device), enc.to(device), cfg

@@ -88,3 +88,15 @@ def test_bad_input_is_one_line_naming_it_and_a_nonzero_status(world, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and name in lines[0], r.stderr
     assert not (tmp / 'bad' / 'x.mp4').exists()
+
+
+def test_a_magicportrait_baseline_run_is_refused_with_a_reason(world):
+    "The MagicPortrait-style baseline is an evaluation method: animate says so instead of failing on inputs it does not build."
+    tmp, clips, run = world
+    mp = tmp / 'magicportrait'
+    cfg = json.loads((run / 'config.json').read_text())
+    cfg = make_config(cfg.pop('preset'), **{**cfg, 'ablation': 'magicportrait', 'vae': str(run / 'vae'), 'expression': str(run / 'expression'),
+                                            'stages': paper_stages((5, 5, 9, 9), (1, 1, 1, 1), 1e-3, 2), 'n_val': 0})
+    run_training(cfg, mp, progress=False)
+    r = cli(clips / 'phone_test_000000', '--model', mp, '--out', tmp / 'mp.mp4', '--steps', 2)
+    assert r.returncode != 0 and 'MagicPortrait-style baseline' in r.stderr and r.stderr.count('\n') <= 2, r.stderr

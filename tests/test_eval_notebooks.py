@@ -19,12 +19,14 @@ def test_evaluate_notebook_writes_the_tables(tmp_path):
     out = tmp_path / 'ev'
     run('evaluate.ipynb', tmp_path, out_dir=str(out), n_clips=2)
     table = pd.read_csv(out / 'table.csv')
-    assert set(table.method) == {'full (run)', 'reference copy', '3DMM re-render'}
+    assert set(table.method) == {'full (run)', 'magicportrait (magicportrait)', 'reference copy', '3DMM re-render'}   # and the MagicPortrait-style run
     assert set(zip(table['mode'], table.regime)) == {('self', r) for r in ('phone', 'studio', 'viewsweep', 'dynamicsweep')} | {('cross', 'phone'), ('cross', 'dynamicsweep')}
     assert table[table.metric == 'lpips'].value.isna().all()                          # missing here, never substituted
     psnr = table[(table.metric == 'psnr') & (table['mode'] == 'self')].groupby('method').value.mean()
     assert psnr['3DMM re-render'] > psnr['full (run)'] and psnr['reference copy'] > psnr['full (run)']   # an untrained model is worse than copying
-    assert table.groupby('method').config.nunique().eq(1).all() and table.config.nunique() == 3
+    assert table.groupby('method').config.nunique().eq(1).all() and table.config.nunique() == 4
+    mp = json.loads((out / 'magicportrait' / 'config.json').read_text())
+    assert mp['ablation'] == 'magicportrait' and mp['vae'] == str(out / 'run' / 'vae') and mp['data_dir'] == json.loads((out / 'run' / 'config.json').read_text())['data_dir']
     assert np.isfinite(table[table.metric.isin(['psnr', 'ssim', 'csim', 'aed_videos', 'apd_videos', 'fid'])].value).all()
     md = (out / 'tab3.md').read_text()
     assert 'PSNR↑' in md and 'synthetic-arcface-tiny' in md and (out / 'tab3.tex').read_text().count('textbf') > 0
