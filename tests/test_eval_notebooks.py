@@ -56,3 +56,18 @@ def test_ablations_notebook_trains_each_switch_on_shared_data_and_encoders(tmp_p
     assert psnr.groupby('method').size().nunique() == 1                               # every method on every set
     both = psnr[psnr.method.isin(['C3', 'C3 + FLT']) & (psnr['mode'] == 'self')].pivot_table(index='regime', columns='method', values='value')
     assert np.allclose(both['C3'], both['C3 + FLT'])                                 # self-reenactment: FLT's landmarks are the driver's own
+
+    # a finished full run reused (make train's): only the ablations train, on its data and encoders, and it is evaluated from its own folder
+    again = tmp_path / 'ab2'
+    run('ablations.ipynb', tmp_path, out_dir=str(again), steps=1, n_clips=2, ablations=['full', 'C2'], full_run=str(out / 'full'),
+        eval_dir=str(out / 'evaluation' / 'eval'))
+    assert not (again / 'full').exists() and not (again / 'data').exists()
+    c2 = json.loads((again / 'C2' / 'config.json').read_text())
+    assert c2['vae'] == str(out / 'full' / 'vae') and c2['data_dir'] == cfgs['full']['data_dir']
+    t2 = pd.read_csv(again / 'evaluation' / 'table.csv')
+    first = table[(table.method == 'full') & (table.metric == 'psnr')].set_index(['mode', 'regime']).value
+    assert np.allclose(t2[(t2.method == 'full') & (t2.metric == 'psnr')].set_index(['mode', 'regime']).value.reindex(first.index), first)   # the same model, the same seeds
+    # a full run of another seed (or preset, or budget) is refused before any work
+    bad = tmp_path / 'bad'; bad.mkdir(); (bad / 'config.json').write_text(json.dumps(dict(cfgs['full'], seed=1)))
+    with pytest.raises(pm.PapermillExecutionError, match="full_run: .* has seed=1"):
+        run('ablations.ipynb', tmp_path, out_dir=str(tmp_path / 'ab3'), steps=1, full_run=str(bad))
