@@ -20,10 +20,10 @@ from .head import HeadModel
 from .render import render
 
 # %% auto #0
-__all__ = ['MODES', 'CROSS_REGIMES', 'PER_CLIP', 'BETTER', 'LABELS', 'TAB3_METRICS', 'eval_clips', 'fit_alignment',
+__all__ = ['MODES', 'CROSS_REGIMES', 'PER_CLIP', 'BETTER', 'LABELS', 'TAB3_METRICS', 'FOLLOW_KEYS', 'eval_clips', 'fit_alignment',
            'aligned_normals', 'aligned_guidance', 'eval_batch', 'Method', 'config_hash', 'ReferenceCopy', 'remove_head',
            'Rerender3DMM', 'DiffusionModel', 'ground_truth', 'evaluate', 'tab3', 'tab3_markdown', 'tab3_latex',
-           'save_figure', 'metric_bars', 'method_grid']
+           'save_figure', 'metric_bars', 'method_grid', 'reverse_controls', 'follow_scores']
 
 # %% ../nbs/12_evaluate.ipynb #9adcbe34
 MODES = ('self', 'cross')
@@ -288,3 +288,30 @@ def method_grid(videos: dict, mode: str, regime: str, clip: int = 0, frames=(1, 
         axes[i, 0].set_ylabel(name, fontsize=7, rotation=0, ha='right', va='center')
     fig.suptitle(f'{mode} reenactment, {regime}', fontsize=9); fig.tight_layout(); plt.close(fig)
     return fig
+
+# %% ../nbs/12_evaluate.ipynb #05cc2e04
+FOLLOW_KEYS = dict(camera=('rays', 'normals', 'c2w', 'K', 'guidance'), expression=('video', 'landmarks', 'flt_landmarks'))
+_TIME_AXIS = dict(video=2, normals=2, rays=2, guidance=2, c2w=1, K=1, landmarks=1, flt_landmarks=1)   # where each condition keeps its frames
+
+def reverse_controls(batch: dict, factor: str) -> dict:
+    "`batch` with the driving conditions of `factor` ('camera', 'expression' or 'all') played backwards in time; the reference and the truth untouched."
+    if factor not in (*FOLLOW_KEYS, 'all'): raise ValueError(f"factor: expected one of {[*FOLLOW_KEYS, 'all']}, got {factor!r}")
+    keys = sum(FOLLOW_KEYS.values(), ()) if factor == 'all' else FOLLOW_KEYS[factor]
+    out = dict(batch)
+    for k in (k for k in keys if k in batch):
+        v, ax = batch[k], _TIME_AXIS[k]
+        out[k] = {n: m.flip(ax) for n, m in v.items()} if isinstance(v, dict) else v.flip(ax)
+    return out
+
+def follow_scores(method, batch: dict, factors=('camera', 'expression', 'all')) -> pd.DataFrame:
+    "Per factor: `response` (how much reversing the factor's conditions changes the output, relative to how much reversing changes the target) and `gain` (PSNR with the true conditions minus with the reversed ones)."
+    own, gt = method(batch), batch['target']
+    change = (gt - gt.flip(2)).abs().mean().item()
+    if change == 0: raise ValueError("batch: its targets do not change over time, so following cannot be measured")
+    mse = lambda v: (v[:, :, 1:] - gt[:, :, 1:]).square().mean().item()              # frames after the reference, all clips pooled
+    rows = []
+    for f in factors:
+        rev = method(reverse_controls(batch, f))
+        gain = 0. if torch.equal(own, rev) else float('inf') if mse(own) == 0 else 10 * np.log10(mse(rev) / mse(own))   # dB
+        rows.append(dict(method=method.name, factor=f, response=(own - rev).abs().mean().item() / change, gain=gain, clips=len(gt)))
+    return pd.DataFrame(rows)

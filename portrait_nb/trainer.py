@@ -30,7 +30,7 @@ __all__ = ['ABLATIONS', 'PRESETS', 'GUIDANCE_MODES', 'CACHE_REFERENCE_STRIDE', '
            'train_step', 'StageState', 'Callback', 'Checkpointer', 'ProgressBar', 'CSVLogger', 'tensorboard_available',
            'TensorBoardLogger', 'plot_history', 'in_notebook', 'LivePlot', 'train_stage', 'throughput', 'frame_scores',
            'generate', 'validation_samples', 'ensure_data', 'ensure_vae', 'check_resume', 'default_callbacks',
-           'run_training', 'ensure_expression', 'load_run']
+           'absolute_paths', 'run_training', 'ensure_expression', 'load_run']
 
 # %% ../nbs/10_trainer.ipynb #aa4624d2
 @dataclass
@@ -673,11 +673,19 @@ def default_callbacks(cfg: TrainConfig, run_dir, progress: bool = True) -> list:
     if progress: cbs += [ProgressBar(), LivePlot()]
     return cbs
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    "`cfg` with the folders it names (`data_dir`, a trained `vae` or `expression`) made absolute: a run's `config.json` must find them from any working directory."
+    from portrait_nb.vae import VAE_PRESETS
+    from portrait_nb.expression import TRAIN_PRESETS
+    fix = lambda v, presets=(): v if v is None or v in presets else str(Path(v).resolve())
+    return replace(cfg, data_dir=fix(cfg.data_dir), vae=fix(cfg.vae, VAE_PRESETS), expression=fix(cfg.expression, TRAIN_PRESETS))
+
 def run_training(cfg: TrainConfig, run_dir, *, stages=None, resume: bool = True, stop_at: tuple | None = None, progress: bool = True,
                  callbacks=()) -> dict:
     "Train `cfg` in `run_dir` (stages `stages`, 1-based, default all; extra `callbacks`); `stop_at=(stage, step)` stops early (tests)."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     if not resume: shutil.rmtree(run_dir / 'checkpoints', ignore_errors=True)
+    cfg = absolute_paths(cfg)                                                         # papermill runs from nbs/: '../runs/x' must not depend on it
     check_resume(cfg, run_dir)
     _write_json(run_dir / 'config.json', config_dict(cfg))
     times, t0 = {}, time.perf_counter()

@@ -31,6 +31,10 @@ def test_evaluate_notebook_writes_the_tables(tmp_path):
     md = (out / 'tab3.md').read_text()
     assert 'PSNR↑' in md and 'synthetic-arcface-tiny' in md and (out / 'tab3.tex').read_text().count('textbf') > 0
     assert (out / 'metrics.png').stat().st_size > 0 and len(list(out.glob('grid_*.png'))) == 6
+    follow = pd.read_csv(out / 'follow.csv')                                          # the control-following probe
+    assert set(follow.method) == {'full (run)', 'magicportrait (magicportrait)', '3DMM re-render'} and set(follow.factor) == {'camera', 'expression', 'all'}
+    assert set(follow.regime) == {'viewsweep', 'dynamicsweep'} and (follow.response >= 0).all()
+    assert (follow[(follow.method == '3DMM re-render') & (follow.factor == 'all')].response > 0).all()   # the re-render moves with the driving landmarks
 
 
 def test_evaluate_notebook_refuses_a_folder_that_is_not_a_run(tmp_path):
