@@ -256,9 +256,9 @@ def _blend(decoded: list, starts: list, n_frames: int) -> torch.Tensor:
 # %% ../nbs/13_animate.ipynb #51eef232
 @torch.no_grad()
 def sample_windows(model, enc, batch: dict, window: int, overlap: int, steps: int = 20, guidance: dict | None = None,
-                   generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
-    "A video `(B, 3, T, H, W)` in [-1, 1] of any length `T = 1 + 4K`: windows of `window` frames denoised together (Euler), decoded and blended."
-    from portrait_nb.flow import sigma_schedule
+                   generator: torch.Generator | None = None, progress: bool = True, shift: float | None = None) -> torch.Tensor:
+    "A video `(B, 3, T, H, W)` in [-1, 1] of any length `T = 1 + 4K`: windows of `window` frames denoised together (Euler, the run's `shift`), decoded and blended."
+    from portrait_nb.flow import DEFAULT_SHIFT, sigma_schedule
     from portrait_nb.trainer import condition_batch
     B, _, T, H, W = batch['video'].shape
     if T <= window: window, starts = T, [0]                                           # a short video is one window of its own length
@@ -268,7 +268,7 @@ def sample_windows(model, enc, batch: dict, window: int, overlap: int, steps: in
     C, dev = conds[0]['reference'].shape[1], batch['video'].device
     shared = torch.randn(B, C, n_latent_frames(T), H // 8, W // 8, generator=generator).to(dev)
     heads = [None] + [torch.randn(B, C, 1, H // 8, W // 8, generator=generator).to(dev) for _ in starts[1:]]
-    sig = sigma_schedule(steps)
+    sig = sigma_schedule(steps, DEFAULT_SHIFT if shift is None else shift)
     for i in tqdm(range(steps), desc=f'sample ({len(starts)} window{"s" * (len(starts) > 1)})', disable=not progress, leave=False):
         v, v_heads = _aggregate_velocity(model, shared, heads, conds, starts, n, sig[i], guidance)
         dt = float(sig[i + 1] - sig[i])
@@ -365,9 +365,9 @@ def animate(reference, driving=None, camera='static', model='runs/cpu', *, n_fra
     gen = torch.Generator().manual_seed(seed)
     if n <= anim.window and sampler != 'euler':
         from portrait_nb.trainer import generate
-        video = generate(anim.model, anim.enc, batch, steps=steps, generator=gen, guidance=guidance, sampler=sampler, progress=progress)
+        video = generate(anim.model, anim.enc, batch, steps=steps, generator=gen, guidance=guidance, sampler=sampler, progress=progress, shift=anim.cfg.shift)
     elif sampler != 'euler': raise ValueError(f"sampler: windows of a long video are denoised together with 'euler' only, got {sampler!r}")
-    else: video = sample_windows(anim.model, anim.enc, batch, anim.window, overlap, steps, guidance, gen, progress)
+    else: video = sample_windows(anim.model, anim.enc, batch, anim.window, overlap, steps, guidance, gen, progress, shift=anim.cfg.shift)
     info = dict(reference=ref.source, driving=drv.source, camera=camera if isinstance(camera, str) else 'explicit', n_frames=n,
                 windows=windows, steps=steps, sampler=sampler, guidance=guidance, seed=seed,
                 alignment='structured (reference shape)' if ref.params is not None else "none (driver's shape: no reference landmarks)",

@@ -21,9 +21,10 @@ from .render import render
 
 # %% auto #0
 __all__ = ['MODES', 'CROSS_REGIMES', 'PER_CLIP', 'BETTER', 'LABELS', 'TAB3_METRICS', 'FOLLOW_KEYS', 'eval_clips', 'fit_alignment',
-           'aligned_normals', 'aligned_guidance', 'eval_batch', 'Method', 'config_hash', 'ReferenceCopy', 'remove_head',
-           'Rerender3DMM', 'DiffusionModel', 'ground_truth', 'evaluate', 'tab3', 'tab3_markdown', 'tab3_latex',
-           'save_figure', 'metric_bars', 'method_grid', 'reverse_controls', 'follow_scores']
+           'aligned_maps', 'aligned_normals', 'aligned_guidance', 'eval_batch', 'Method', 'config_hash',
+           'ReferenceCopy', 'remove_head', 'Rerender3DMM', 'DiffusionModel', 'ground_truth', 'evaluate', 'tab3',
+           'tab3_markdown', 'tab3_latex', 'save_figure', 'metric_bars', 'method_grid', 'reverse_controls',
+           'follow_scores']
 
 # %% ../nbs/12_evaluate.ipynb #9adcbe34
 MODES = ('self', 'cross')
@@ -58,15 +59,20 @@ def fit_alignment(head: HeadModel, ref_landmarks, ref_K, drv_landmarks, drv_K, *
     "FLT's fits of the reference (one image) and the driver (a clip), combined as `FLAME(shape_ref, expression_drv, pose_drv)` (an `FLTResult`)."
     return transform_landmarks(head, ref_landmarks, drv_landmarks, drv_K, ref_K=ref_K, **fit_kw)
 
-def aligned_normals(head: HeadModel, fit, K, image_size) -> torch.Tensor:
-    "Camera-frame normal maps `(3, T, H, W)` in [-1, 1] of an alignment `fit` (an `FLTResult`) seen with intrinsics `K (T, 3, 3)`."
-    maps = align_sequence(head, fit.ref_params, fit.params, CAMERA_FRONT, K, image_size, modes=('normal',))
+def aligned_maps(head: HeadModel, fit, K, image_size, guidance: bool = False) -> dict:
+    "`render`'s maps `{mode: (T, C, H, W)}` of an alignment `fit` (an `FLTResult`) seen with intrinsics `K (T, 3, 3)`: the normals, and with `guidance` what MagicPortrait's maps need."
+    from portrait_nb.trainer import GUIDANCE_MODES
+    return align_sequence(head, fit.ref_params, fit.params, CAMERA_FRONT, K, image_size, modes=tuple(GUIDANCE_MODES.values()) if guidance else ('normal',))
+
+def aligned_normals(head: HeadModel, fit, K, image_size, maps: dict | None = None) -> torch.Tensor:
+    "Camera-frame normal maps `(3, T, H, W)` in [-1, 1] of an alignment `fit` (or from its `aligned_maps`, drawn already)."
+    maps = maps or aligned_maps(head, fit, K, image_size)
     return maps['normal'].transpose(0, 1).clamp(-1, 1)
 
-def aligned_guidance(head: HeadModel, fit, K, image_size) -> dict:
+def aligned_guidance(head: HeadModel, fit, K, image_size, maps: dict | None = None) -> dict:
     "MagicPortrait's guidance maps `{depth, normal, render}` `(C, T, H, W)` of an alignment `fit`, drawn as `portrait_nb.trainer.render_guidance` draws them."
     from portrait_nb.trainer import guidance_from_maps
-    maps = align_sequence(head, fit.ref_params, fit.params, CAMERA_FRONT, K, image_size, modes=('depth', 'normal', 'rgb'))
+    maps = maps or aligned_maps(head, fit, K, image_size, guidance=True)
     return {k: v.transpose(0, 1) for k, v in guidance_from_maps(maps).items()}
 
 # %% ../nbs/12_evaluate.ipynb #a1bd0478
@@ -85,7 +91,8 @@ def eval_batch(data_root, mode: str, clip_ids, image_size=None, head: HeadModel 
     if mode not in MODES: raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     index = read_index(data_root)
     T = _clip_frames(index[index.split.isin(['test', 'cross'])])
-    head = head or HeadModel(resolution=json.loads((Path(data_root) / 'config.json').read_text())['config']['head_resolution'])
+    if head is None and (guidance or mode == 'cross'):                                   # only these render
+        head = HeadModel(resolution=json.loads((Path(data_root) / 'config.json').read_text())['config']['head_resolution'])
     if mode == 'self':
         out = [dict(s, **_targets(s), flt_landmarks=s['landmarks'], **(dict(guidance=_self_guidance(head, s)) if guidance else {}))
                for s in _samples(_whole(data_root, 'test', T, image_size), clip_ids)]
@@ -95,8 +102,9 @@ def eval_batch(data_root, mode: str, clip_ids, image_size=None, head: HeadModel 
     out = []
     for c, d in zip(cross, drv):
         fit, size = fit_alignment(head, c['landmarks'][0], c['reference_K'], d['landmarks'], d['K']), tuple(c['video'].shape[-2:])
-        out.append(dict(c, **_targets(c), video=d['video'], landmarks=d['landmarks'], flt_landmarks=fit.landmarks,
-                        normals=aligned_normals(head, fit, d['K'], size), **(dict(guidance=aligned_guidance(head, fit, d['K'], size)) if guidance else {})))
+        maps = aligned_maps(head, fit, d['K'], size, guidance)                                                    # one render for both
+        out.append(dict(c, **_targets(c), video=d['video'], landmarks=d['landmarks'], flt_landmarks=fit.landmarks, normals=aligned_normals(head, fit, d['K'], size, maps),
+                        **(dict(guidance=aligned_guidance(head, fit, d['K'], size, maps)) if guidance else {})))
     return dict(default_collate(out), driver=drivers)
 
 # %% ../nbs/12_evaluate.ipynb #c4270e90
@@ -172,7 +180,7 @@ class DiffusionModel(Method):
         if self.needs_guidance and 'guidance' not in batch:                              # never the target's own parameters in cross-reenactment
             raise ValueError("batch: a MagicPortrait-style model needs the aligned guidance maps: eval_batch(..., guidance=True)")
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return generate(self.model, self.enc, batch, steps=self.steps, guidance=self.guidance, noise=self.noise(batch)).cpu()
+        return generate(self.model, self.enc, batch, steps=self.steps, guidance=self.guidance, noise=self.noise(batch), shift=self.cfg.shift).cpu()
 
 # %% ../nbs/12_evaluate.ipynb #f00fc198
 def ground_truth(batch: dict) -> dict:

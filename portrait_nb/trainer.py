@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from .cameras import n_latent_frames, pack_rays, plucker_rays
 from .data import NO_DYNAMICSWEEP_MIXTURE, REFERENCE_MODES, REGIMES, STAGE_MIXTURES, PortraitClips, _reference, load_sample, mixture_indices, read_index
 from .dit import FactorDiT, dit_config
-from .flow import flow_loss
+from .flow import DEFAULT_SHIFT, flow_loss
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'PRESETS', 'GUIDANCE_MODES', 'CACHE_REFERENCE_STRIDE', 'CACHE_FILE', 'CACHE_VERSION', 'CKPT_FILES',
@@ -81,6 +81,7 @@ class TrainConfig:
     workers: int = 0
     p_drop_expression: float = 0.1     # condition dropout for classifier-free guidance
     p_drop_reference: float = 0.05
+    shift: float = DEFAULT_SHIFT       # flow-matching timestep shift, in training and sampling (Wan's 5; the small presets' is below)
     ckpt_every: int = 50
     sample_steps: int = 10             # Euler steps of the validation samples
     n_val: int = 2                     # validation clips sampled at the end of each stage (0: none)
@@ -89,13 +90,13 @@ class TrainConfig:
 
 # %% ../nbs/10_trainer.ipynb #21a5f417
 PRESETS = {
-    'tiny': TrainConfig(stages=paper_stages((5, 5, 9, 9), (4, 4, 4, 4), 1e-3, 2), vae_steps=10, expression_steps=20),
+    'tiny': TrainConfig(stages=paper_stages((5, 5, 9, 9), (4, 4, 4, 4), 1e-3, 2), vae_steps=10, expression_steps=20, shift=1.0),
     'cpu': TrainConfig(preset='cpu', data_preset='cpu', image_size=64, dit_preset='cpu', vae='cpu', vae_steps=600, vae_frames=17, expression='cpu',
                        expression_steps=600, expression_pool=None, stages=paper_stages((5, 9, 13, 17), (2000, 2000, 2000, 2000), 1e-3, 4), warmup=100,
-                       ema_decay=0.995, workers=1, ckpt_every=250, sample_steps=20, n_val=4, cache_latents=True),
+                       ema_decay=0.995, workers=1, ckpt_every=250, sample_steps=20, n_val=4, cache_latents=True, shift=1.0),
     'gpu': TrainConfig(preset='gpu', data_preset='gpu', image_size=256, dit_preset='gpu', vae='cpu', vae_steps=20000, vae_frames=17, expression='gpu',
                        expression_steps=20000, expression_pool=None, stages=paper_stages((13, 25, 49, 81), (20000, 10000, 10000, 10000), 1e-4, 8),
-                       warmup=500, ema_decay=0.9999, mixed_precision='bf16', workers=8, ckpt_every=1000, sample_steps=50, n_val=8),
+                       warmup=500, ema_decay=0.9999, mixed_precision='bf16', workers=8, ckpt_every=1000, sample_steps=50, n_val=8, shift=2.0),
 }
 
 # %% ../nbs/10_trainer.ipynb #3d1b2e61
@@ -419,7 +420,7 @@ def _ema(model, decay: float):
 def train_step(model, opt, sched, accelerator, batch: dict, cfg: TrainConfig, gen: torch.Generator) -> dict:
     "One optimisation step on a conditioned batch: loss, gradient norm and learning rate."
     with accelerator.accumulate(model):
-        loss, info = flow_loss(model, batch, gen, p_drop_expression=cfg.p_drop_expression, p_drop_reference=cfg.p_drop_reference)
+        loss, info = flow_loss(model, batch, gen, p_drop_expression=cfg.p_drop_expression, p_drop_reference=cfg.p_drop_reference, shift=cfg.shift)
         accelerator.backward(loss)
         norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if accelerator.sync_gradients else torch.tensor(0.)
         opt.step(); sched.step(); opt.zero_grad()
@@ -602,15 +603,15 @@ def frame_scores(pred: torch.Tensor, target: torch.Tensor) -> pd.DataFrame:
 # %% ../nbs/10_trainer.ipynb #5abecf9c
 @torch.no_grad()
 def generate(model, enc: FrozenEncoders, batch: dict, steps: int = 20, generator: torch.Generator | None = None, guidance: dict | None = None,
-             sampler: str = 'euler', progress: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
-    "Videos `(B, 3, T, H, W)` in [-1, 1] that `model` makes from a batch's reference image, normal maps, cameras and driving frames (`video`)."
+             sampler: str = 'euler', progress: bool = False, noise: torch.Tensor | None = None, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    "Videos `(B, 3, T, H, W)` in [-1, 1] that `model` makes from a batch's reference image, normal maps, cameras and driving frames (`video`); `shift`: the run's `cfg.shift`."
     from portrait_nb.flow import sample
     cond = condition_batch(batch, enc, model, latents=False)
     B, _, T, H, W = batch['video'].shape
     shape = (B, cond['reference'].shape[1], n_latent_frames(T, 'video'), H // 8, W // 8)
     if noise is not None and tuple(noise.shape) != shape: raise ValueError(f"noise: expected the latent shape {shape}, got {tuple(noise.shape)}")
     x0 = sample(model, shape if noise is None else noise.to(cond['reference']), cond, steps=steps, sampler=sampler, guidance=guidance,
-                generator=generator, progress=progress)
+                generator=generator, progress=progress, shift=shift)
     return enc.vae.decode(x0).clamp(-1, 1)
 
 # %% ../nbs/10_trainer.ipynb #cc0a67d7
@@ -622,7 +623,7 @@ def validation_samples(model, enc: FrozenEncoders, cfg: TrainConfig, data_root, 
     ds = PortraitClips(data_root, n_frames=cfg.stages[k].n_frames, split='test', image_size=cfg.image_size, seed=cfg.seed, reference='first')
     idx = np.unique(np.linspace(0, len(ds) - 1, cfg.n_val).round().astype(int))            # the index is sorted by regime
     batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in default_collate([ds[i] for i in idx]).items()}
-    video = generate(model, enc, batch, steps=cfg.sample_steps, generator=_generator(cfg.seed, k, 10**6))
+    video = generate(model, enc, batch, steps=cfg.sample_steps, generator=_generator(cfg.seed, k, 10**6), shift=cfg.shift)
     scores = frame_scores(video[:, :, 1:].cpu(), batch['video'][:, :, 1:].cpu())                # frame 0 is the reference image itself
     scores = scores.assign(stage=k + 1, clip=[batch['clip_id'][j] for j in range(len(idx))])
     if run_dir is not None:
@@ -745,6 +746,7 @@ def load_run(run_dir, stage: int | None = None, ema: bool = True, device='cpu') 
     if not (run_dir / 'config.json').is_file(): raise FileNotFoundError(f"{run_dir}: not a training run (no config.json; see nbs/train.ipynb)")
     d = json.loads((run_dir / 'config.json').read_text())
     if not {'stages', 'dit_preset'} <= set(d): raise ValueError(f"{run_dir}: not a training run (its config.json is not a TrainConfig)")
+    d.setdefault('shift', DEFAULT_SHIFT)                                              # runs from before the field trained with Wan's shift
     cfg = make_config(d.pop('preset', 'tiny'), **d)
     ck = _finished_checkpoint(run_dir, cfg, stage)
     model = FactorDiT(dit_config(cfg.dit_preset, ABLATIONS[cfg.ablation]['variant']))
