@@ -68,6 +68,7 @@ class TrainConfig:
     vae: str = 'tiny'                  # a VAE preset (trained by this run for `vae_steps`) or a trained VAE folder
     vae_steps: int = 20
     vae_frames: int = 9                # clip length the VAE trains on: the longest stage's, or frames beyond it reconstruct badly
+    vae_crop: int | None = None        # square crops the VAE trains on (None: whole frames): more steps per minute (see nbs/06_vae.ipynb)
     expression: str = 'tiny'           # an expression-encoder preset (trained for `expression_steps`) or a trained folder
     expression_steps: int = 20
     expression_pool: int | None = 32   # training expressions rendered for the encoder (None: its preset's)
@@ -91,7 +92,7 @@ class TrainConfig:
 # %% ../nbs/10_trainer.ipynb #21a5f417
 PRESETS = {
     'tiny': TrainConfig(stages=paper_stages((5, 5, 9, 9), (4, 4, 4, 4), 1e-3, 2), vae_steps=10, expression_steps=20, shift=1.0),
-    'cpu': TrainConfig(preset='cpu', data_preset='cpu', image_size=64, dit_preset='cpu', vae='cpu', vae_steps=600, vae_frames=17, expression='cpu',
+    'cpu': TrainConfig(preset='cpu', data_preset='cpu', image_size=64, dit_preset='cpu', vae='cpu', vae_steps=1100, vae_frames=17, vae_crop=32, expression='cpu',
                        expression_steps=600, expression_pool=None, stages=paper_stages((5, 9, 13, 17), (2000, 2000, 2000, 2000), 1e-3, 4), warmup=100,
                        ema_decay=0.995, workers=1, ckpt_every=250, sample_steps=20, n_val=4, cache_latents=True, shift=1.0),
     'gpu': TrainConfig(preset='gpu', data_preset='gpu', image_size=256, dit_preset='gpu', vae='cpu', vae_steps=20000, vae_frames=17, expression='gpu',
@@ -651,7 +652,7 @@ def ensure_vae(cfg: TrainConfig, run_dir, data_root, progress: bool = False, tra
     if not (folder / 'vae' / 'config.json').is_file():
         if not train: raise FileNotFoundError(f"{folder / 'vae'}: the run's VAE is missing (not trained yet?)")
         train_vae(make_vae(cfg.vae, cfg.seed), data_root, steps=cfg.vae_steps, n_frames=cfg.vae_frames, image_size=cfg.image_size,
-                  seed=cfg.seed, out_dir=folder, progress=progress)
+                  crop_size=cfg.vae_crop, seed=cfg.seed, out_dir=folder, progress=progress)
     return load_vae(folder).eval().requires_grad_(False)
 
 # %% ../nbs/10_trainer.ipynb #5224e5c9

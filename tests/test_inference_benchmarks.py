@@ -33,3 +33,16 @@ def test_cache_bench_compares_both_settings(tmp_path):
     assert set(df.setting) == {'cached', 'encoders every step'} and (df.stage == 'cache build (once)').sum() == 1
     per_stage = df[df.stage != 'cache build (once)']
     assert len(per_stage) == 8 and per_stage.speedup.notna().all()
+
+
+def test_vae_recipe_bench_scores_each_recipe(tmp_path):
+    root = generate_dataset(tmp_path / 'data', 'tiny', seed=0, progress=False, n_frames=17, image_size=64)
+    out = tmp_path / 'vae_recipe_bench.csv'
+    r = subprocess.run([sys.executable, 'benchmarks/vae_recipe_bench.py', '--data', str(root), '--recipes', 'crop32', 'images_then_crop32',
+                        '--scale', '0.005', '--clips', '2', '--out', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(out)
+    assert list(df.recipe[:2]) == ['crop32', 'images_then_crop32'] and (df.steps[:2] == [2, 2]).all() and df.steps[2:].isna().all()
+    assert df.psnr.between(0, 60).all() and df.edge_energy.gt(0).all() and df.normals_psnr.notna().all()
+    thumb = df.set_index('recipe').psnr
+    assert thumb['16x16 thumbnail (no training)'] > thumb['8x8 thumbnail (no training)']     # more pixels kept, closer to the truth
